@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from collections import Counter, defaultdict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -47,6 +47,7 @@ class Fault:
 
     point: str
     frame: tuple[str, int] | None = None
+    killing: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
     def parse(cls, spec: str | None) -> Fault | None:
@@ -59,6 +60,8 @@ class Fault:
         return cls(point, (camera, int(seq)) if frame else None)
 
     def hit(self, point: str, batch: list[Delivery]) -> None:
+        if point == "before_publish" and self.killing.is_set():
+            time.sleep(60)  # a short model call must not publish before the mid-inference kill lands
         if point != self.point:
             return
         if self.frame and not any(
@@ -67,6 +70,7 @@ class Fault:
             return
         log.warning("fault injection: SIGKILL at %s", point)
         if point == "during_inference":  # let the model call start, then die in the middle of it
+            self.killing.set()
             threading.Timer(0.02, os.kill, (os.getpid(), signal.SIGKILL)).start()
         else:
             os.kill(os.getpid(), signal.SIGKILL)

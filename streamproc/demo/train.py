@@ -3,7 +3,7 @@
 Run ``python -m streamproc.demo.train [--out streamproc/models] [--epochs N] [--seed S] [--media DIR]``.
 
 No weights can be downloaded where this project runs, so the demo ships its own small YOLO26n, trained from
-scratch (``YOLO("yolo26n.yaml")``) on CPU in about WALL_TIME minutes on a 2-core machine. Classes, in order:
+scratch (``YOLO("yolo26n.yaml")``) on CPU in about 30 minutes on a 2-core machine (docs/DEMO.md). Classes, in order:
 ``part, scratch, missing_corner, wrong_colour, bottle, car``.
 
 Data (generated into ``--workdir``, never committed):
