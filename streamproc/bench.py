@@ -65,6 +65,25 @@ def cameras_from(videos: Sequence[Path], count: int, frames_per_video: int) -> l
     return [Camera(f"cam{i}", decoded[videos[i % len(videos)]]) for i in range(count)]
 
 
+def native_fps(video: Path) -> float:
+    """The frame rate a video plays at: a live run paces each camera at this rate at most."""
+    with av.open(str(video)) as container:
+        rate = container.streams.video[0].average_rate
+    return float(rate) if rate else 0.0
+
+
+def rate_per_camera(target_fps: float, natives: Sequence[float]) -> float:
+    """The fps cap that makes cameras of these native rates offer ``target_fps`` in total (a camera
+    slower than the cap offers its native rate); the fastest native rate when the target is out of reach."""
+    remaining, left = target_fps, len(natives)
+    for native in sorted(natives):
+        share = remaining / left
+        if native >= share:
+            return share
+        remaining, left = remaining - native, left - 1
+    return max(natives)
+
+
 def _timed(duration_s: float, step: Callable[[], int]) -> tuple[int, float]:
     """Call ``step`` (which returns frames done) until ``duration_s`` has passed."""
     frames, started = 0, time.perf_counter()
