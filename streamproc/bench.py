@@ -6,6 +6,7 @@ model and machine, in the same invocation, so the ratios between them are what t
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -116,25 +117,25 @@ def bench_bare(cfg: DetectorConfig, cameras: Sequence[Camera], duration_s: float
 
 
 def bench_call_overhead(cfg: DetectorConfig, cameras: Sequence[Camera], calls: int = 20) -> dict[str, float]:
-    """Milliseconds per batch of ``max_batch`` frames: ``YOLO.predict`` (re-runs its set-up every call),
-    the runner's path (same pre/post-processing, set-up once), and the forward pass alone."""
+    """Median milliseconds per batch of ``max_batch`` frames: ``YOLO.predict`` (re-runs its set-up every
+    call), the runner's path (same pre/post-processing, set-up once), and the forward pass alone."""
     runner = ModelRunner.load(cfg)
     frames = list(cameras[0].frames[: cfg.max_batch])
     args = predict_args(cfg)
     tensor = runner.preprocess(frames)
 
-    def per_call(call: Callable[[], object]) -> float:
-        call()
-        started = time.perf_counter()
-        for _ in range(calls):
-            call()
-        return round((time.perf_counter() - started) * 1000 / calls, 2)
-
-    timings = {
-        "predict_ms": per_call(lambda: runner.yolo.predict(frames, **args)),
-        "runner_ms": per_call(lambda: runner.infer(frames)),
-        "forward_ms": per_call(lambda: runner.forward(tensor)),
+    variants: dict[str, Callable[[], object]] = {
+        "predict_ms": lambda: runner.yolo.predict(frames, **args),
+        "runner_ms": lambda: runner.infer(frames),
+        "forward_ms": lambda: runner.forward(tensor),
     }
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(calls + 1):  # interleaved, so that a slow spell of the machine hits all three alike
+        for name, call in variants.items():
+            started = time.perf_counter()
+            call()
+            samples[name].append((time.perf_counter() - started) * 1000)
+    timings = {name: round(statistics.median(values[1:]), 2) for name, values in samples.items()}
     timings["predict_overhead_ms"] = round(timings["predict_ms"] - timings["runner_ms"], 2)
     return timings
 
