@@ -21,6 +21,9 @@ def test_bench_smoke(tmp_path: Path, figures: Figures) -> None:
     assert data["ratio_pipeline_vs_bare"] > 0 and data["ratio_pipeline_vs_ultralytics"] > 0
     assert set(data["latency_ms"]) == {"p50", "p95", "p99"}
     assert data["saturated"]["unaccounted"] == 0 and data["loaded"]["unaccounted"] == 0
+    assert set(data["cpu_steal_pct"]) == {"bare", "call_overhead", "ultralytics_sequential", "ultralytics_threads",
+                                          "pipeline", "live"}  # fmt: skip
+    assert all(0.0 <= v <= 100.0 for v in data["cpu_steal_pct"].values())
     assert "| pipeline |" in md.read_text()
     figures.add("bench smoke", f"fps {data['fps']}, c/a {data['ratio_pipeline_vs_bare']}, "
                 f"c/b {data['ratio_pipeline_vs_ultralytics']} (a few seconds: not a measurement)")  # fmt: skip

@@ -81,6 +81,24 @@ class Window:
     redis_bytes: int = 0
 
 
+class StealClock:
+    """Share of CPU time the hypervisor gave to other guests since the last lap, in percent.
+
+    On a shared virtual machine steal varies from minute to minute and slows whichever variant runs then;
+    the report carries it per variant so that a ratio taken under uneven steal can be recognised.
+    """
+
+    def __init__(self) -> None:
+        self._last = psutil.cpu_times()
+
+    def lap(self) -> float:
+        now = psutil.cpu_times()
+        total = sum(now) - sum(self._last)
+        steal = getattr(now, "steal", 0.0) - getattr(self._last, "steal", 0.0)
+        self._last = now
+        return round(100 * steal / total, 1) if total > 0 else 0.0
+
+
 def _tree() -> list[psutil.Process]:
     return list(psutil.Process(os.getpid()).children(recursive=True))
 
@@ -221,6 +239,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"- batch sizes (saturated): {sat['batch_sizes']}; dropped: {sat['dropped'] or 'none'}; "
         f"CPU cores used: {sat['cpu_cores_used']}; Redis {sat['redis_used_mib']} MiB; "
         f"detector RSS {sat['detector_rss_mib']} MiB ({sat['detector_rss_growth_pct']:+}% over the run)",
+        f"- CPU steal per variant (%, other guests of the host): {result['cpu_steal_pct']}",
     ]
     return "\n".join(rows) + "\n"
 
@@ -230,14 +249,19 @@ def main(s: BenchSettings, json_path: str | None, markdown_path: str | None) -> 
     cameras = cameras_from(s.videos, s.cameras, frames_per_video)
     detector = s.detector()
     variant_s = max(2.0, s.duration_s / 3)
+    clock = StealClock()
     results: list[VariantResult] = [bench_bare(detector, cameras, variant_s)]
+    steal = {"bare": clock.lap()}
     print(f"bare model: {results[0].fps:.1f} frames/s ({results[0].backend})", flush=True)
     overhead = bench_call_overhead(detector, cameras)
+    steal["call_overhead"] = clock.lap()
     print(f"per batch of {s.max_batch}: {overhead}", flush=True)
     for threaded in (False, True):
         results.append(bench_ultralytics(s.weights, detector, cameras, variant_s, threaded=threaded))
+        steal[results[-1].name] = clock.lap()
         print(f"{results[-1].name}: {results[-1].fps:.1f} frames/s", flush=True)
     saturated = bench_pipeline(s, None, s.duration_s)
+    steal["pipeline"] = clock.lap()
     print(f"pipeline: {saturated['fps']:.1f} frames/s with {s.cameras} cameras", flush=True)
     natives = [native_fps(s.videos[i % len(s.videos)]) for i in range(s.cameras)]
     live_fps = rate_per_camera(s.load * saturated["fps"], natives)
@@ -246,6 +270,7 @@ def main(s: BenchSettings, json_path: str | None, markdown_path: str | None) -> 
         log.warning("the videos' native rates cap the offered load at %.0f%% of capacity: add --cameras",
                     100 * offered / saturated["fps"])  # fmt: skip
     loaded = bench_pipeline(s, live_fps, s.duration_s)
+    steal["live"] = clock.lap()
     print(f"pipeline at {s.load:.0%} load: latency {loaded['latency_ms']}", flush=True)
     fps = {r.name: round(r.fps, 2) for r in results} | {"pipeline": saturated["fps"]}
     best_plain = max(fps["ultralytics_sequential"], fps["ultralytics_threads"])
@@ -258,6 +283,7 @@ def main(s: BenchSettings, json_path: str | None, markdown_path: str | None) -> 
         "latency_ms": loaded["latency_ms"],
         "one_batch_ms": round(1000 * s.max_batch / fps["bare"], 1),
         "call_overhead": overhead,
+        "cpu_steal_pct": steal,
         "saturated": saturated,
         "loaded": loaded
         | {
