@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import cast
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
 
@@ -59,11 +60,21 @@ def _app() -> Callable[[dict[str, object], Callable[..., object]], Iterable[byte
     return app
 
 
-def serve(port: int) -> WSGIServer | None:
-    """Serve /metrics and /healthz on ``port`` in a daemon thread (0: do nothing)."""
+@contextmanager
+def serving(port: int) -> Iterator[None]:
+    """Serve /metrics and /healthz on ``port`` from a thread while the block runs (0: do nothing).
+
+    On the way out the server first finishes the request it is answering: a worker that exits while
+    Prometheus scrapes it would otherwise cut the page short, and an empty page reads as every series gone.
+    """
     if not port:
-        return None
+        yield
+        return
     beat()
     server = make_server("0.0.0.0", port, _app(), handler_class=_Quiet)  # noqa: S104 (probes come from outside)
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
-    return server
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()

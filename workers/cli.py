@@ -24,7 +24,7 @@ from streamproc.config import (
     validate_config,
 )
 from streamproc.errors import ConfigError, StreamprocError
-from streamproc.metrics import serve
+from streamproc.metrics import serving
 from streamproc.redact import redact, setup_logging
 from workers.cameras import add_parser as add_cameras_parser
 
@@ -133,8 +133,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     from workers.ingest import main
 
     cfg = build_config(args)
-    serve(args.metrics_port)
-    return main(cfg, registry=args.registry, lease_ms=args.lease_ms)
+    with serving(args.metrics_port):
+        return main(cfg, registry=args.registry, lease_ms=args.lease_ms)
 
 
 def _cmd_cameras(args: argparse.Namespace) -> int:
@@ -147,16 +147,16 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     from workers.detect import main
 
     cfg = build_config(args)
-    serve(args.metrics_port)
-    return main(cfg)
+    with serving(args.metrics_port):
+        return main(cfg)
 
 
 def _cmd_alert(args: argparse.Namespace) -> int:
     from workers.alert import main
 
     cfg = build_config(args)
-    serve(args.metrics_port)
-    return main(cfg)
+    with serving(args.metrics_port):
+        return main(cfg)
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
