@@ -88,7 +88,9 @@ class DetectorConfig(StrictModel):
     nms: bool | None = Field(None, description="As in YOLO.predict: None/True classic NMS, False NMS-free head")
     max_batch: int = Field(8, ge=1, le=256, description="Frames per inference call at most")
     max_wait_ms: int = Field(10, ge=0, description="Longest wait to fill a batch")
-    claim_idle_ms: int = Field(10_000, ge=100, description="Frames pending this long on a consumer are reclaimed")
+    claim_idle_ms: int = Field(
+        10_000, ge=100, description="Frames pending this long on a consumer are reclaimed (keep it above 4 batch times)"
+    )
     max_deliveries: int = Field(3, ge=1, description="Deliveries before a frame goes to the dead-letter stream")
     threads: int | None = Field(None, ge=1, description="Inference threads (default: all cores)")
     backend: Literal["auto", "native"] = Field(
