@@ -272,9 +272,9 @@ class Detector:
         try:
             self._process(batch)
         finally:
-            seconds = time.monotonic() - began
-            self._busy.append((time.monotonic(), seconds))
-            self._warn_if_reclaimable(seconds)
+            ended = time.monotonic()
+            self._busy.append((ended, ended - began))
+            self._warn_if_reclaimable(ended - began)
 
     def _warn_if_reclaimable(self, batch_s: float) -> None:
         """Say once when batches are so slow that frames read ahead (up to two batches) stay pending on us
